@@ -1,0 +1,1 @@
+"""Anonymous, privacy-first usage telemetry for Python developer tools."""
