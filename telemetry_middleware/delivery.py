@@ -49,6 +49,15 @@ class Sink(Protocol):
         """True once retrying is pointless for the rest of the process."""
         ...
 
+    @property
+    def ready(self) -> bool:
+        """True once sending costs no more set-up (the SDK is imported)."""
+        ...
+
+    def prepare(self) -> None:
+        """Do the slow set-up; called on the worker thread before any record is taken."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +96,10 @@ class DebugSink:
 
     retry_after = 0.0
     dead = False
+    ready = True
+
+    def prepare(self) -> None:
+        pass
 
     def send(self, events: list[dict[str, Any]]) -> bool:
         try:

@@ -40,12 +40,14 @@ class Emitter:
         make_builder: Callable[[], EventBuilder],
         make_sink: Callable[[], Sink],
         *,
+        hand_off: Callable[[EventBuilder, list[Record]], bool] | None = None,
         max_queue_size: int = 10_000,
         flush_interval: float = 1.0,
         shutdown_timeout: float = 1.0,
     ) -> None:
         self._make_builder = make_builder
         self._make_sink = make_sink
+        self._hand_off = hand_off
         self._max = max(1, int(max_queue_size))
         self._interval = flush_interval
         self.shutdown_timeout = shutdown_timeout
@@ -67,6 +69,9 @@ class Emitter:
         self._queue: deque[Record | _Marker] = deque()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
+        self._take_lock = threading.Lock()  # the worker taking records vs. an exit hand-off
+        self._builder_lock = threading.Lock()
+        self._builder: EventBuilder | None = None
         self._thread: threading.Thread | None = None
         self._started = False
         self._closed = False
@@ -114,7 +119,7 @@ class Emitter:
                 def at_exit() -> None:
                     emitter = ref()
                     if emitter is not None:
-                        emitter.shutdown(emitter.shutdown_timeout)
+                        emitter.shutdown(emitter.shutdown_timeout, at_exit=True)
 
                 atexit.register(at_exit)
 
@@ -133,8 +138,13 @@ class Emitter:
         self._wake.set()
         return marker.done.wait(max(0.0, timeout))
 
-    def shutdown(self, timeout: float = 1.0) -> None:
-        """Stop accepting events and give pending ones at most `timeout` seconds."""
+    def shutdown(self, timeout: float = 1.0, *, at_exit: bool = False) -> None:
+        """Stop accepting events and give pending ones at most `timeout` seconds.
+
+        At interpreter exit, when records are pending but the sender is not ready
+        yet (a short CLI run ends before the SDK finished importing), the records
+        are handed to `hand_off`, which delivers them without holding the exit.
+        """
         if self._closed:
             return
         self._closed = True
@@ -142,20 +152,50 @@ class Emitter:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return
+        if at_exit and self._hand_off is not None and self._try_hand_off():
+            self._wake.set()
+            return
         self._wake.set()
         thread.join(max(0.0, timeout))
+
+    def _try_hand_off(self) -> bool:
+        with self._take_lock:
+            sink = self.sink
+            if sink is not None and sink.ready:
+                return False
+            records: list[Record] = [r for r in self._queue if not isinstance(r, _Marker)]
+            if not records:
+                return False
+            try:
+                builder = self._get_builder()
+                assert self._hand_off is not None
+                if not self._hand_off(builder, records):
+                    return False
+            except Exception:
+                return False
+            self._closed = True
+            self.sent += self._clear()  # the records are in other hands now
+            return True
+
+    def _get_builder(self) -> EventBuilder:
+        """Made once, by whichever of the worker or an exit hand-off needs it first."""
+        with self._builder_lock:
+            if self._builder is None:
+                self._builder = self._make_builder()
+            return self._builder
 
     # -- the worker --
 
     def _run(self) -> None:
         silence_current_thread()
         try:
-            builder = self._make_builder()
+            builder = self._get_builder()
             sink = self._make_sink()
+            self.sink = sink
+            sink.prepare()
         except Exception:
             self._give_up()
             return
-        self.sink = sink
         try:
             self._loop(builder, sink)
         except Exception:
@@ -179,7 +219,8 @@ class Emitter:
                 continue
             while True:
                 if not batch:
-                    batch, markers = self._take()
+                    with self._take_lock:
+                        batch, markers = self._take()
                     attempts = 0
                 if not batch:
                     self._release(markers)
@@ -230,10 +271,16 @@ class Emitter:
     def _give_up(self) -> None:
         """Stop for the rest of the process: drop what is queued and accept nothing more."""
         self._closed = True
+        self.dropped += self._clear()
+
+    def _clear(self) -> int:
+        """Empty the queue, releasing flush waiters; the number of records removed."""
+        removed = 0
         queue = self._queue
         while queue:
             item = queue.popleft()
             if isinstance(item, _Marker):
                 item.done.set()
             else:
-                self.dropped += 1
+                removed += 1
+        return removed

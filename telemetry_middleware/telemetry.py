@@ -48,6 +48,7 @@ class Telemetry:
         shutdown_timeout: float = 1.0,
         max_queue_size: int = 10_000,
         flush_interval: float = 1.0,
+        exit_handoff: bool = True,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         from . import settings as _settings
@@ -71,6 +72,7 @@ class Telemetry:
             self._emitter = Emitter(
                 self._make_builder,
                 self._make_sink,
+                hand_off=self._hand_off if exit_handoff else None,
                 max_queue_size=max_queue_size,
                 flush_interval=flush_interval,
                 shutdown_timeout=shutdown_timeout,
@@ -179,6 +181,14 @@ class Telemetry:
         if machine.created and self._emitter is not None:
             self._emitter.put_first((NEW_INSTALLATION, time.time(), _FINAL, {}))
         return EventBuilder(machine.value, common, self._api_properties)
+
+    def _hand_off(self, builder: EventBuilder, records: list[Any]) -> bool:
+        """At exit, before the sender is ready: let a detached process deliver."""
+        if self.settings.debug or self.settings.api_key is None:
+            return False
+        from .handoff import spawn
+
+        return spawn(builder.build(records), self.settings.api_key, self.settings.host)
 
     def _make_sink(self) -> Sink:
         from .delivery import DebugSink, PostHogSink
