@@ -163,11 +163,11 @@ class Emitter:
             sink = self.sink
             if sink is not None and sink.ready:
                 return False
-            records: list[Record] = [r for r in self._queue if not isinstance(r, _Marker)]
-            if not records:
+            if not self._queue:
                 return False
             try:
-                builder = self._get_builder()
+                builder = self._get_builder()  # may queue new_installation: snapshot after
+                records = [r for r in self._queue if not isinstance(r, _Marker)]
                 assert self._hand_off is not None
                 if not self._hand_off(builder, records):
                     return False
