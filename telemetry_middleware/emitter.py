@@ -19,7 +19,7 @@ from collections.abc import Callable
 from .delivery import Sink, forget_thread, silence_current_thread
 from .events import EventBuilder, Record
 
-BATCH_SIZE = 100
+BATCH_SIZE = 250  # about 150 KB of JSON: well under PostHog's limits, few round trips
 MAX_ATTEMPTS_PER_BATCH = 3
 
 

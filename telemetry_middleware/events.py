@@ -42,15 +42,22 @@ def uuid4_strings(count: int) -> list[str]:
     return out
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def iso_utc(ts: float) -> str:
-    """RFC 3339 UTC with milliseconds, without building datetime objects."""
+    """RFC 3339 UTC with milliseconds; the date-and-time prefix is reused within a second."""
+    global _last_second
     whole = int(ts)
-    tm = time.gmtime(whole)
-    millis = int((ts - whole) * 1000)
-    return (
-        f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T"
-        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}.{millis:03d}Z"
-    )
+    cached = _last_second
+    if cached[0] != whole:
+        tm = time.gmtime(whole)
+        cached = _last_second = (
+            whole,
+            f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T"
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}.",
+        )
+    return f"{cached[1]}{int((ts - whole) * 1000):03d}Z"
 
 
 def clean_custom_properties(properties: Mapping[Any, Any] | None) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -149,23 +149,27 @@ class Telemetry:
 
     # -- the worker's side --
 
-    def _api_properties(self, payload: Any) -> dict[str, Any]:
+    def _request_properties(self) -> Callable[[Any], dict[str, Any]]:
+        """The worker's function from a request record to `api_request` properties."""
         from .paths import normalize_method, normalize_path, template_endpoint
 
-        method, status_code, duration_ms, template, raw_path, static_segments = payload
-        if template is not None:
-            endpoint = template_endpoint(template)
-        else:
-            endpoint = normalize_path(raw_path or "/", static_segments)
-        props: dict[str, Any] = {
-            "endpoint": endpoint,
-            "method": normalize_method(method),
-            "status_code": int(status_code),
-            "duration_ms": round(float(duration_ms), 3),
-        }
-        if self.project_hash is not None:
-            props["project_hash"] = self.project_hash
-        return props
+        extra = {"project_hash": self.project_hash} if self.project_hash is not None else {}
+
+        def properties(payload: Any) -> dict[str, Any]:
+            method, status_code, duration_ms, template, raw_path, static_segments = payload
+            if template is not None:
+                endpoint = template_endpoint(template)
+            else:
+                endpoint = normalize_path(raw_path or "/", static_segments)
+            return {
+                "endpoint": endpoint,
+                "method": normalize_method(method),
+                "status_code": int(status_code),
+                "duration_ms": round(float(duration_ms), 3),
+                **extra,
+            }
+
+        return properties
 
     def _make_builder(self) -> EventBuilder:
         """On the worker thread: the first moment any file may be read or written."""
@@ -180,7 +184,7 @@ class Telemetry:
         common["is_ci"] = is_ci
         if machine.created and self._emitter is not None:
             self._emitter.put_first((NEW_INSTALLATION, time.time(), _FINAL, {}))
-        return EventBuilder(machine.value, common, self._api_properties)
+        return EventBuilder(machine.value, common, self._request_properties())
 
     def _hand_off(self, builder: EventBuilder, records: list[Any]) -> bool:
         """At exit, before the sender is ready: let a detached process deliver."""
