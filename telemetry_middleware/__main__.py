@@ -25,8 +25,18 @@ COLLECTED = {
 }
 
 
+# The tool's own default API key lives in its code, out of this command's sight:
+# resolve as if it had one, so that the answer reflects the opt-outs a person
+# controls rather than always "no API key".
+_TOOL_KEY = "<the tool's own key>"
+
+
+def _resolve(app: str, project_dir: str | None = None) -> _settings.Settings:
+    return _settings.resolve(app, project_dir=project_dir, api_key=_TOOL_KEY)
+
+
 def _status(app: str, project_dir: str | None) -> int:
-    resolved = _settings.resolve(app, project_dir=project_dir)
+    resolved = _resolve(app, project_dir)
     prefix = _settings.env_prefix(app)
     print(f"telemetry for {app}: {'enabled' if resolved.enabled else 'disabled'}")
     print(f"  why: {resolved.reason}")
@@ -41,6 +51,13 @@ def _status(app: str, project_dir: str | None) -> int:
             pass
     print(f"  machine id: {machine_id}")
     print(f"  host: {resolved.host}")
+    if resolved.api_key == _TOOL_KEY:
+        print(
+            f"  api key: the tool's built-in key ({prefix}_POSTHOG_API_KEY is not set; "
+            "a tool without one sends nothing)"
+        )
+    else:
+        print(f"  api key: from {prefix}_POSTHOG_API_KEY")
     print(f"  global config: {resolved.config_dir / 'config.yml' if resolved.config_dir else '-'}")
     print(
         f"  opt out: {prefix}_TELEMETRY_DISABLED=1, DO_NOT_TRACK=1, or "
@@ -68,15 +85,18 @@ def _set_enabled(app: str, value: bool) -> int:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     word = "enabled" if value else "disabled"
     print(f"telemetry {word} for {app} in {path}")
     if value:
-        still = _settings.resolve(app)
+        still = _resolve(app)
         if not still.enabled:
             print(f"note: still off: {still.reason}")
     return 0
@@ -102,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `telemetry-middleware status --app x | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is quiet
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "capture-server":
         from .capture_server import run

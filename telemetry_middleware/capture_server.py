@@ -255,6 +255,13 @@ def run(
     )
     if ready is not None:
         ready(server)
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a plain `kill` stops it cleanly too
+    signal.signal(signal.SIGINT, stop)  # even when started from a non-interactive shell
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -62,21 +62,22 @@ def read_machine_id(path: Path) -> str | None:
         return None
 
 
-def _write_new(directory: Path, path: Path, value: str, replace: bool) -> str | None:
+def _write_new(directory: Path, path: Path, value: str) -> str | None:
     """Atomically put `value` at `path`; returns the id that ends up there, or None."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".machine_id.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(value + "\n")
-        if replace:
-            os.replace(tmp, path)
-            return value
         try:
-            os.link(tmp, path)  # fails if another process created it first
+            os.link(tmp, path)  # fails if the path exists: created meanwhile, or corrupt
             return value
         except FileExistsError:
-            return read_machine_id(path)
+            current = read_machine_id(path)
+            if current is not None:
+                return current  # another thread or process created it first: use theirs
+            os.replace(tmp, path)  # corrupt, empty, a symlink: replace it (never follow)
+            return value
         except OSError:  # file systems without hard links
             os.replace(tmp, path)
             return value
@@ -104,7 +105,7 @@ def load_machine_id(config_dir: Path | None, is_ci: bool) -> MachineId:
         return MachineId(existing, created=False, persisted=True)
     fresh = str(uuid.uuid4())
     try:
-        stored = _write_new(config_dir, path, fresh, replace=os.path.lexists(path))
+        stored = _write_new(config_dir, path, fresh)
     except OSError:
         stored = None
     if stored is None:

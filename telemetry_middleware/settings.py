@@ -182,6 +182,7 @@ def resolve(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Read every source and return the one decision every event kind obeys."""
+    check_app_name(app_name)  # the name becomes a path (~/.<app>) and variable names
     env = os.environ if environ is None else environ
     prefix = env_prefix(app_name)
     config_dir = config_dir_for(app_name, environ)
