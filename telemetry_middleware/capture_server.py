@@ -113,7 +113,9 @@ class CaptureServer:
         return f"http://{name}:{port}"
 
     def start(self) -> CaptureServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

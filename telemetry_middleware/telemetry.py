@@ -7,9 +7,8 @@ which never raise and never block.
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -205,11 +204,28 @@ class Telemetry:
 
     # -- control --
 
-    def track_command(self, argv: Sequence[str] | None = None) -> CommandTracker:
-        """Context manager emitting one `cli_command` event for the block it wraps."""
+    def track_command(
+        self,
+        argv: Sequence[str] | None = None,
+        *,
+        value_options: Collection[str] | None = None,
+        flag_options: Collection[str] | None = None,
+        commands: Collection[str] | None = None,
+    ) -> CommandTracker:
+        """One `cli_command` event for the block (or decorated function) it wraps.
+
+        `argv` defaults to `sys.argv`. When the tool knows which options take a
+        value, or its command names, passing them makes the sanitizing exact.
+        """
         from .command import CommandTracker
 
-        return CommandTracker(self, sys.argv if argv is None else argv)
+        return CommandTracker(
+            self,
+            argv,
+            value_options=value_options,
+            flag_options=flag_options,
+            commands=commands,
+        )
 
     def flush(self, timeout: float = 1.0) -> bool:
         """Wait at most `timeout` seconds for queued events; True if all were handled."""
