@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .events import EventBuilder
     from .settings import Settings, Status
 
+RequestRecorder = Callable[..., None]
+"""`(method, status_code, duration_ms, template, raw_path=None, static_segments=None)`."""
+
 # Record kinds and the request event's name, as in `events` (not imported here
 # so that importing the package stays cheap).
 _FINAL, _CUSTOM, _REQUEST = 0, 1, 2
@@ -77,6 +80,8 @@ class Telemetry:
                 shutdown_timeout=shutdown_timeout,
             )
 
+        self._record_request: RequestRecorder = self._request_recorder()
+
     # -- state --
 
     @property
@@ -125,26 +130,41 @@ class Telemetry:
         if emitter is not None:
             emitter.put((event, time.time(), _FINAL, properties))
 
-    def _record_request(
-        self,
-        method: str,
-        status_code: int,
-        duration_ms: float,
-        template: str | None,
-        raw_path: str | None = None,
-        static_segments: frozenset[str] | None = None,
-    ) -> None:
-        """The middlewares' fast path: store a tuple; the endpoint is worked out later."""
+    def _request_recorder(self) -> RequestRecorder:
+        """The middlewares' fast path, as a plain function: store a tuple and return.
+
+        Installed as the instance attribute `_record_request`, so a middleware's call
+        costs one function call and a `deque.append`; the endpoint is worked out later
+        on the worker.
+        """
         emitter = self._emitter
-        if emitter is not None:
-            emitter.put(
+        if emitter is None:
+
+            def record_nothing(*args: Any) -> None:
+                return None
+
+            return record_nothing
+        put = emitter.put
+        now = time.time
+
+        def record(
+            method: str,
+            status_code: int,
+            duration_ms: float,
+            template: str | None,
+            raw_path: str | None = None,
+            static_segments: frozenset[str] | None = None,
+        ) -> None:
+            put(
                 (
                     _API_REQUEST,
-                    time.time(),
+                    now(),
                     _REQUEST,
                     (method, status_code, duration_ms, template, raw_path, static_segments),
                 )
             )
+
+        return record
 
     # -- the worker's side --
 
