@@ -114,8 +114,8 @@ def send(base: str, requests: list[tuple[str, str]]) -> None:
 
 
 def table(events: list[dict[str, object]]) -> None:
-    print(f"\n{'event':<17}{'endpoint or command':<52}{'method':<8}{'status':<8}{'ms':>9}")
-    print("-" * 94)
+    print(f"\n{'event':<17}{'endpoint or command':<68}{'method':<8}{'status':<8}{'ms':>9}")
+    print("-" * 110)
     for event in events:
         props = event.get("properties")
         assert isinstance(props, dict)
@@ -130,7 +130,7 @@ def table(events: list[dict[str, object]]) -> None:
             what, method, status = "(first run on this machine)", "", ""
         duration = props.get("duration_ms", "")
         ms = f"{duration:.1f}" if isinstance(duration, float) else str(duration)
-        print(f"{name:<17}{str(what)[:51]:<52}{method!s:<8}{status!s:<8}{ms:>9}")
+        print(f"{name:<17}{str(what)[:67]:<68}{method!s:<8}{status!s:<8}{ms:>9}")
 
 
 def main() -> int:
