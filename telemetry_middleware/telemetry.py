@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .events import API_REQUEST, CUSTOM, FINAL, NEW_INSTALLATION, REQUEST
+
 if TYPE_CHECKING:
     from .command import CommandTracker
     from .delivery import Sink
@@ -20,11 +22,6 @@ if TYPE_CHECKING:
 
 RequestRecorder = Callable[..., None]
 """`(method, status_code, duration_ms, template, raw_path=None, static_segments=None)`."""
-
-# Record kinds and the request event's name, as in `events` (not imported here
-# so that importing the package stays cheap).
-_FINAL, _CUSTOM, _REQUEST = 0, 1, 2
-_API_REQUEST = "api_request"
 
 _MAX_EVENT_NAME = 200
 
@@ -120,7 +117,7 @@ class Telemetry:
         try:
             if not isinstance(event, str) or not 0 < len(event) <= _MAX_EVENT_NAME:
                 return
-            emitter.put((event, time.time(), _CUSTOM, dict(properties or ())))
+            emitter.put((event, time.time(), CUSTOM, dict(properties or ())))
         except Exception:
             pass
 
@@ -128,7 +125,7 @@ class Telemetry:
         """Queue an event whose properties are already final (the CLI adapter's path)."""
         emitter = self._emitter
         if emitter is not None:
-            emitter.put((event, time.time(), _FINAL, properties))
+            emitter.put((event, time.time(), FINAL, properties))
 
     def _request_recorder(self) -> RequestRecorder:
         """The middlewares' fast path, as a plain function: store a tuple and return.
@@ -157,9 +154,9 @@ class Telemetry:
         ) -> None:
             put(
                 (
-                    _API_REQUEST,
+                    API_REQUEST,
                     now(),
-                    _REQUEST,
+                    REQUEST,
                     (method, status_code, duration_ms, template, raw_path, static_segments),
                 )
             )
@@ -194,7 +191,7 @@ class Telemetry:
         """On the worker thread: the first moment any file may be read or written."""
         from .ci import detect_ci
         from .environment import common_properties
-        from .events import NEW_INSTALLATION, EventBuilder
+        from .events import EventBuilder
         from .identity import load_machine_id
 
         is_ci = detect_ci(self._environ)
@@ -202,7 +199,7 @@ class Telemetry:
         common = common_properties(self.app_name, self.app_version, self.session_id, self._environ)
         common["is_ci"] = is_ci
         if machine.created and self._emitter is not None:
-            self._emitter.put_first((NEW_INSTALLATION, time.time(), _FINAL, {}))
+            self._emitter.put_first((NEW_INSTALLATION, time.time(), FINAL, {}))
         return EventBuilder(machine.value, common, self._request_properties())
 
     def _hand_off(self, builder: EventBuilder, records: list[Any]) -> bool:
