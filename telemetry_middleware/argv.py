@@ -214,7 +214,10 @@ class _Sanitizer:
         if name in self._values or name in self._flags:
             return self._option(name, eq, attached)
         if token.startswith("--"):
-            if _LONG_FLAG_RE.fullmatch(name):
+            # With the tool's option table, a long name it does not know is not one of its
+            # flags: it is typed text (a value after `--` consumed as an option's value, a
+            # typo), so it is not kept. Without a table, well-formed names are kept.
+            if not (self._values or self._flags) and _LONG_FLAG_RE.fullmatch(name):
                 return self._option(name, eq, attached)
             out.append(VALUE)
             return _Next.MAYBE_SECRET if not eq and _is_sensitive(name) else _Next.FREE

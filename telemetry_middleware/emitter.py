@@ -152,21 +152,30 @@ class Emitter:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return
-        if at_exit and self._hand_off is not None and self._try_hand_off():
+        deadline = time.monotonic() + max(0.0, timeout)
+        if at_exit and self._hand_off is not None and self._try_hand_off(timeout):
             self._wake.set()
             return
         self._wake.set()
-        thread.join(max(0.0, timeout))
+        thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _try_hand_off(self) -> bool:
-        with self._take_lock:
+    def _try_hand_off(self, timeout: float) -> bool:
+        """Hand pending records over; False (nothing done) when that would take too long."""
+        if not self._take_lock.acquire(timeout=timeout):
+            return False
+        try:
             sink = self.sink
             if sink is not None and sink.ready:
                 return False
             if not self._queue:
                 return False
             try:
-                builder = self._get_builder()  # may queue new_installation: snapshot after
+                # The worker may be stuck building it (a hung home directory): never wait
+                # past the shutdown timeout for that.
+                builder = self._get_builder(timeout)
+                if builder is None:
+                    return False
+                # Building may have queued new_installation: snapshot the records after.
                 records = [r for r in self._queue if not isinstance(r, _Marker)]
                 assert self._hand_off is not None
                 if not self._hand_off(builder, records):
@@ -176,13 +185,22 @@ class Emitter:
             self._closed = True
             self.sent += self._clear()  # the records are in other hands now
             return True
+        finally:
+            self._take_lock.release()
 
-    def _get_builder(self) -> EventBuilder:
-        """Made once, by whichever of the worker or an exit hand-off needs it first."""
-        with self._builder_lock:
+    def _get_builder(self, timeout: float = -1) -> EventBuilder | None:
+        """Made once, by whichever of the worker or an exit hand-off needs it first.
+
+        None when the lock could not be had within `timeout` (negative: no limit).
+        """
+        if not self._builder_lock.acquire(timeout=timeout):
+            return None
+        try:
             if self._builder is None:
                 self._builder = self._make_builder()
             return self._builder
+        finally:
+            self._builder_lock.release()
 
     # -- the worker --
 
@@ -190,6 +208,7 @@ class Emitter:
         silence_current_thread()
         try:
             builder = self._get_builder()
+            assert builder is not None  # no timeout: always made
             sink = self._make_sink()
             self.sink = sink
             sink.prepare()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -49,22 +50,32 @@ def _parse(text: str) -> str | None:
 
 
 def read_machine_id(path: Path) -> str | None:
-    """Read without following symlinks: a link elsewhere is treated as corrupt."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    """Read without following symlinks: a link elsewhere is treated as corrupt.
+
+    So is anything but a regular file: opening a FIFO for reading would otherwise wait for a
+    writer forever (O_NONBLOCK makes the open return at once; the type is checked before reading).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
     except OSError:
         return None
     try:
         with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             return _parse(fh.read(128).decode("ascii", "replace"))
     except OSError:
         return None
 
 
 def _write_new(directory: Path, path: Path, value: str) -> str | None:
-    """Atomically put `value` at `path`; returns the id that ends up there, or None."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Atomically put `value` at `path`; returns the id that ends up there, or None.
+
+    Only `~/.<app>` itself is created, never a missing home above it: HOME pointing nowhere
+    (`/nonexistent` is a common one) means a per-process id, not a new directory tree.
+    """
+    directory.mkdir(mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".machine_id.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:

@@ -29,7 +29,7 @@ Segment rules of `normalize_path`, first match wins (a rule judges the whole seg
 * kept        safe words: letters in lower, Title or camelCase form joined by `-`/`_`, optionally a
               leading `.`/`_` (`.well-known`, `_next`) and a known file extension (`openapi.json`);
               versions (`v1`, `v10`, `v2beta1`); a small allowlist of words with digits (`oauth2`,
-              `sha256`, `i18n`, ...); locale tags (`en-US`, `pt_BR`, `zh-Hant`).
+              `sha256`, `i18n`, ...); locale tags (`en-US`, `pt_BR`, `zh-Hant`, `es-419`).
 
 An all-hex-letter word of 8 or more characters (`deadbeef`, `facadeface`) becomes `{hash}`: at that
 length a hex-only word is far likelier a digest than a route name (`defaced` and `effaced` have 7).
@@ -103,7 +103,9 @@ _EXT = "|".join(_EXTENSIONS)
 _KEEP_RE = re.compile(rf"(?:\.|_{{1,2}})?{_NAME}(?:(?:\.{_NAME})*\.(?:{_EXT}))?_{{0,2}}")
 _WORD_RE = re.compile(_ATOM)
 _CAPITAL_RE = re.compile(r"[A-Z]")
-_LOCALE_RE = re.compile(r"[a-z]{2,3}(?:[-_][A-Z][a-z]{3})?(?:[-_](?:[A-Z]{2}|[0-9]{3}))?")
+# The one numeric region in common use is 419 (Latin America): any three digits would also keep
+# handles and record keys such as `bob_714` or `inv-123`.
+_LOCALE_RE = re.compile(r"[a-z]{2,3}(?:[-_][A-Z][a-z]{3})?(?:[-_](?:[A-Z]{2}|419))?")
 
 _NEGATIVE_INT_RE = re.compile(r"-[0-9]+")
 _UUID_RE = re.compile(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,23 @@ class ConfigError(Exception):
     """A config file exists but cannot be used as it stands."""
 
 
+class NotARegularFile(OSError):
+    """A FIFO, socket or device where a config file should be: never opened for a blocking read."""
+
+
+def _read_regular_file(path: Path) -> str:
+    """The text of a regular file; anything else raises instead of blocking or never ending.
+
+    A plain `read_text` on a FIFO waits for a writer forever (and on `/dev/zero` never stops):
+    the open does not block with O_NONBLOCK, and the type is checked before any read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"{path} is not a regular file")
+        return fh.read().decode("utf-8")
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any] | None:
     """The file's top-level mapping; None when the file does not exist.
 
@@ -119,7 +137,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any] | None:
     if not os.path.lexists(path):
         return None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_regular_file(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"cannot be read ({type(exc).__name__})") from None
     import yaml  # deferred: import time matters to every host app

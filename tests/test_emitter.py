@@ -311,3 +311,32 @@ def test_exit_hands_pending_events_to_a_detached_sender(home: Path, capture: Cap
     assert names == ["new_installation", "short_cli_run"]
     body = decode_body(capture.bodies[0], "", "", "application/json")
     assert body["api_key"] == "k"
+
+
+def test_exit_never_waits_past_the_timeout_for_a_stuck_worker_setup() -> None:
+    """A worker stuck building its identity (a hung home directory) cannot hold the exit."""
+    from telemetry_middleware.delivery import DebugSink
+    from telemetry_middleware.emitter import Emitter
+    from telemetry_middleware.events import EventBuilder
+
+    release = threading.Event()
+    handed: list[int] = []
+
+    def slow_builder() -> EventBuilder:
+        release.wait(10)
+        return EventBuilder("id", {}, lambda payload: {})
+
+    def hand_off(builder: EventBuilder, records: list[object]) -> bool:
+        handed.append(len(records))
+        return True
+
+    emitter = Emitter(slow_builder, DebugSink, hand_off=hand_off, flush_interval=60)
+    try:
+        emitter.put(("e", time.time(), 0, {}))
+        time.sleep(0.1)  # the worker is now inside slow_builder, holding its lock
+        start = time.perf_counter()
+        emitter.shutdown(0.5, at_exit=True)
+        assert time.perf_counter() - start < 1.2
+        assert handed == []  # it gave up on the hand-off instead of waiting
+    finally:
+        release.set()

@@ -51,8 +51,10 @@ def files_under(path: Path) -> list[str]:
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
-    """Where ~/.visivo would be; not created, as on a fresh machine."""
-    return tmp_path / "home" / ".visivo"
+    """Where ~/.visivo would be; not created, as on a fresh machine (the home exists)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return home / ".visivo"
 
 
 # -- machine id: new, reuse, corrupt --
