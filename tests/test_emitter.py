@@ -317,6 +317,11 @@ def test_exit_never_waits_past_the_timeout_for_a_stuck_worker_setup() -> None:
     """A worker stuck building its identity (a hung home directory) cannot hold the exit."""
     from telemetry_middleware.delivery import DebugSink
     from telemetry_middleware.emitter import Emitter
+
+    class QuietSink(DebugSink):
+        def send(self, events: list[dict[str, object]]) -> bool:
+            return True
+
     from telemetry_middleware.events import EventBuilder
 
     release = threading.Event()
@@ -330,7 +335,7 @@ def test_exit_never_waits_past_the_timeout_for_a_stuck_worker_setup() -> None:
         handed.append(len(records))
         return True
 
-    emitter = Emitter(slow_builder, DebugSink, hand_off=hand_off, flush_interval=60)
+    emitter = Emitter(slow_builder, QuietSink, hand_off=hand_off, flush_interval=60)
     try:
         emitter.put(("e", time.time(), 0, {}))
         time.sleep(0.1)  # the worker is now inside slow_builder, holding its lock
