@@ -19,6 +19,42 @@ _CLEARED_PREFIXES = ("VISIVO_", "DEMO_", "TESTAPP_")
 _CLEARED = ("DO_NOT_TRACK",)
 
 
+# The properties every event carries for app "visivo" (DESIGN.md, Events).
+COMMON_KEYS = frozenset(
+    {
+        "visivo_version",
+        "python_version",
+        "platform",
+        "platform_version",
+        "architecture",
+        "session_id",
+        "is_ci",
+        "$geoip_disable",
+        "$ip",
+    }
+)
+
+
+def shared_telemetry(home: Path) -> tuple[Telemetry, CaptureServer]:
+    """A capture endpoint and a Telemetry sending to it, for module-scoped fixtures.
+
+    The environment is passed explicitly, so nothing has to patch `os.environ`.
+    Stop both with `telemetry.shutdown(1.0)` and `capture.stop()`.
+    """
+    capture = CaptureServer().start()
+    telemetry = Telemetry(
+        "visivo",
+        "1.4.0",
+        project_name="my-project",
+        project_dir=home,
+        api_key="phc_test",
+        host=capture.url,
+        flush_interval=0.05,
+        environ={"HOME": str(home), "CI": "false"},
+    )
+    return telemetry, capture
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh HOME with no telemetry settings; CI=false because these machines run in Docker."""

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import PYTHON, subprocess_env
+from conftest import COMMON_KEYS, PYTHON, shared_telemetry, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,17 +38,6 @@ SPEC_ARGV = [
 ]
 SPEC_ARGS = ["--dag-filter", VALUE, "--threads", VALUE, "--output-dir", PATH]
 
-COMMON_KEYS = {
-    "visivo_version",
-    "python_version",
-    "platform",
-    "platform_version",
-    "architecture",
-    "session_id",
-    "is_ci",
-    "$geoip_disable",
-    "$ip",
-}
 CLI_KEYS = {"command", "command_args", "duration_ms", "success"}
 PROJECT_HASH = project_hash("visivo", "my-project")
 
@@ -94,17 +83,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     The environment is passed explicitly, so no fixture has to patch `os.environ`.
     """
     home = tmp_path_factory.mktemp("shared-home")
-    capture = CaptureServer().start()
-    telemetry = Telemetry(
-        "visivo",
-        "1.4.0",
-        project_name="my-project",
-        project_dir=home,
-        api_key="phc_test",
-        host=capture.url,
-        flush_interval=0.05,
-        environ={"HOME": str(home), "CI": "false"},
-    )
+    telemetry, capture = shared_telemetry(home)
     try:
         yield Endpoint(telemetry, capture)
     finally:

@@ -11,23 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, subprocess_env
+from conftest import COMMON_KEYS, PYTHON, subprocess_env
 
 from telemetry_middleware import Telemetry
 from telemetry_middleware.capture_server import CaptureServer, decode_body
 from telemetry_middleware.delivery import PostHogSink
 
-COMMON = {
-    "visivo_version",
-    "python_version",
-    "platform",
-    "platform_version",
-    "architecture",
-    "session_id",
-    "is_ci",
-    "$geoip_disable",
-    "$ip",
-}
+COMMON = COMMON_KEYS
 
 
 def _received(capture: CaptureServer, name: str) -> list[dict[str, object]]:

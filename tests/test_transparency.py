@@ -36,7 +36,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shared_telemetry
 from werkzeug.test import EnvironBuilder
 
 from telemetry_middleware import ASGITelemetryMiddleware, Telemetry
@@ -80,17 +80,7 @@ class Endpoint:
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     home = tmp_path_factory.mktemp("transparency-home")
-    capture = CaptureServer().start()
-    telemetry = Telemetry(
-        "visivo",
-        "1.4.0",
-        project_name="my-project",
-        project_dir=home,
-        api_key="phc_test",
-        host=capture.url,
-        flush_interval=0.05,
-        environ={"HOME": str(home), "CI": "false"},
-    )
+    telemetry, capture = shared_telemetry(home)
     try:
         yield Endpoint(telemetry, capture)
     finally:
