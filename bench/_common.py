@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +99,22 @@ def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
     print(f"{'measure':<{width}}  {'result':>14}  target / anchor")
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:>14}  {target}")
+
+
+def bench_telemetry(host: str) -> Any:
+    """An enabled Telemetry whose worker sleeps while requests are timed.
+
+    The flush interval is long and the queue large: benchmarks flush between rounds,
+    so what is timed is the request path alone.
+    """
+    from telemetry_middleware import Telemetry
+
+    return Telemetry(
+        "visivo",
+        "1.4.0",
+        project_name="bench",
+        api_key="phc_bench",
+        host=host,
+        flush_interval=3600.0,
+        max_queue_size=1_000_000,
+    )

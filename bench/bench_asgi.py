@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _common import bench_telemetry  # noqa: E402
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
@@ -243,7 +245,6 @@ def run(rounds: int = ROUNDS) -> list[dict[str, Any]]:
         if name.startswith("VISIVO_") or name == "DO_NOT_TRACK":
             del os.environ[name]
 
-    from telemetry_middleware import Telemetry
     from telemetry_middleware.capture_server import CaptureServer
     from telemetry_middleware.emitter import BATCH_SIZE
 
@@ -251,15 +252,7 @@ def run(rounds: int = ROUNDS) -> list[dict[str, Any]]:
     # worker is never woken while a round is timed; it delivers them between rounds.
     calls = max(10, min(CALLS_PER_ROUND, (BATCH_SIZE - 10) // 3))
     capture = CaptureServer().start()
-    telemetry = Telemetry(
-        "visivo",
-        "1.4.0",
-        project_name="bench",
-        api_key="phc_bench",
-        host=capture.url,
-        flush_interval=3600.0,
-        max_queue_size=1_000_000,
-    )
+    telemetry = bench_telemetry(capture.url)
     try:
         variants = _variants(telemetry)
         samples: dict[str, list[float]] = {name: [] for name, *_ in variants}

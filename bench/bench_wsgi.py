@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _common import bench_telemetry  # noqa: E402
+
 ROUNDS = 200
 CALLS_PER_ROUND = 90  # below the emitter's batch size (100): the worker stays asleep
 TARGET_OVERHEAD_US = 2.0
@@ -161,15 +163,7 @@ def run(rounds: int = ROUNDS, calls: int = CALLS_PER_ROUND) -> list[dict[str, An
 
     capture = CaptureServer().start()
     disabled = Telemetry("visivo", "1.4.0", api_key="phc_bench", environ={"DO_NOT_TRACK": "1"})
-    telemetry = Telemetry(
-        "visivo",
-        "1.4.0",
-        project_name="bench",
-        api_key="phc_bench",
-        host=capture.url,
-        flush_interval=3600.0,
-        max_queue_size=1_000_000,
-    )
+    telemetry = bench_telemetry(capture.url)
     try:
         bare = _make_flask_app()
         ours = _make_flask_app()

@@ -48,15 +48,21 @@ class _Body:
         sink.append((self.status[0], time.perf_counter() - self.start))
 
 
+def _noting_status(start_response: Callable[..., Any], status: list[str]) -> Callable[..., Any]:
+    """A `start_response` that keeps the status line in `status[0]`."""
+
+    def capture(line: str, headers: Any, exc_info: Any = None) -> Any:
+        status[0] = line
+        return start_response(line, headers, exc_info)
+
+    return capture
+
+
 def class_floor(app: WSGIApp) -> WSGIApp:
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start = time.perf_counter()
         status = [""]
-
-        def capture(line: str, headers: Any, exc_info: Any = None) -> Any:
-            status[0] = line
-            return start_response(line, headers, exc_info)
-
+        capture = _noting_status(start_response, status)
         return _Body(app(environ, capture), start, status)
 
     return middleware
@@ -66,11 +72,7 @@ def generator_floor(app: WSGIApp) -> WSGIApp:
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start = time.perf_counter()
         status = [""]
-
-        def capture(line: str, headers: Any, exc_info: Any = None) -> Any:
-            status[0] = line
-            return start_response(line, headers, exc_info)
-
+        capture = _noting_status(start_response, status)
         body = app(environ, capture)
 
         def chunks() -> Iterator[bytes]:

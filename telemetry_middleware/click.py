@@ -43,6 +43,7 @@ The whole `main()` is timed: parsing, the group callbacks and the command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -121,16 +122,7 @@ def instrument_click(cli: C, telemetry: Telemetry) -> C:
                 tracker = _ClickTracker(state.telemetry, cli, _texts(tokens))
         except Exception:
             tracker = None
-        if tracker is None:
-            return original_main(
-                args,
-                prog_name,
-                complete_var,
-                standalone_mode,
-                windows_expand_args=windows_expand_args,
-                **extra,
-            )
-        with tracker:
+        with tracker if tracker is not None else contextlib.nullcontext():
             return original_main(
                 args,
                 prog_name,

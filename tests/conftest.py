@@ -19,8 +19,9 @@ _CLEARED_PREFIXES = ("VISIVO_", "DEMO_", "TESTAPP_")
 _CLEARED = ("DO_NOT_TRACK",)
 
 
-# The properties every event carries for app "visivo" (DESIGN.md, Events).
-COMMON_KEYS = frozenset(
+# The properties every event carries for app "visivo" (DESIGN.md, Events): the metadata,
+# and what keeps PostHog from storing an address or a location.
+METADATA_KEYS = frozenset(
     {
         "visivo_version",
         "python_version",
@@ -29,10 +30,10 @@ COMMON_KEYS = frozenset(
         "architecture",
         "session_id",
         "is_ci",
-        "$geoip_disable",
-        "$ip",
     }
 )
+PRIVACY_KEYS = frozenset({"$geoip_disable", "$ip"})
+COMMON_KEYS = METADATA_KEYS | PRIVACY_KEYS
 
 
 def shared_telemetry(home: Path) -> tuple[Telemetry, CaptureServer]:

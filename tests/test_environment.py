@@ -9,20 +9,13 @@ import platform
 import sys
 
 import pytest
+from conftest import METADATA_KEYS
 
 from telemetry_middleware.ci import detect_ci
 from telemetry_middleware.environment import common_properties, platform_name
 
 SESSION = "5b0c2f4e-8d1a-4c3b-9e7f-0a1b2c3d4e5f"
-VISIVO_KEYS = {
-    "visivo_version",
-    "python_version",
-    "platform",
-    "platform_version",
-    "architecture",
-    "session_id",
-    "is_ci",
-}
+VISIVO_KEYS = METADATA_KEYS
 
 
 def props(

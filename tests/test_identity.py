@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, subprocess_env
+from conftest import COMMON_KEYS, PYTHON, subprocess_env
 
 from telemetry_middleware import Telemetry
 from telemetry_middleware.capture_server import CaptureServer
@@ -24,17 +24,6 @@ from telemetry_middleware.identity import (
     project_hash,
     read_machine_id,
 )
-
-COMMON_KEYS = {
-    "visivo_version",
-    "python_version",
-    "platform",
-    "platform_version",
-    "architecture",
-    "session_id",
-    "is_ci",
-}
-PRIVACY_KEYS = {"$geoip_disable", "$ip"}
 
 
 def is_uuid4(text: str) -> bool:
@@ -412,7 +401,7 @@ def test_first_use_sends_one_new_installation(
     assert names.count("new_installation") == 1
     assert sorted(names) == ["first_event", "new_installation"]
     install = next(e for e in events if e["event"] == "new_installation")
-    assert set(install["properties"]) == COMMON_KEYS | PRIVACY_KEYS
+    assert set(install["properties"]) == COMMON_KEYS
     assert install["properties"]["visivo_version"] == "1.4.0"
     assert install["properties"]["is_ci"] is False
     assert install["properties"]["$geoip_disable"] is True
