@@ -14,8 +14,9 @@ Where the template comes from, cheapest first:
   popping, Flask hands its contexts to the callable in `environ["werkzeug.debug.preserve_context"]`
   (a documented Werkzeug protocol, used by its debugger and by Flask's test client). Whenever
   Flask is loaded, the middleware puts a fresh list's `append` there (chaining to a callable
-  already present), reads `request.url_rule.rule` when the response is closed, then empties the
-  list so no reference cycle outlives the request. Cost: one list and one dict entry, no Python
+  already present), reads `request.url_rule.rule` as soon as the app returns, then empties the
+  list, so Flask's contexts are freed before the body is sent and no reference cycle outlives
+  the request. Cost: one list and one dict entry, no Python
   call, no matching, nothing registered on the app; and it finds a Flask app behind other
   middleware too. A 405 re-matches once with an allowed method through the context's own URL
   adapter, so the event keeps the route's template (405s only).
@@ -108,6 +109,8 @@ class WSGITelemetryMiddleware:
             exchange.failed = True
             exchange.finish()
             raise
+        if exchange.contexts:
+            exchange.take_rule()
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and _is_instance(body, file_wrapper):
             exchange.watch_file(body)
@@ -121,12 +124,12 @@ class WSGITelemetryMiddleware:
         self,
         exchange: _Exchange,
         environ: WSGIEnvironment,
-        template: Any,
-        url_map: Any,
         status: int,
         end: float,
     ) -> None:
         """Match a known `Map` if no framework reported a rule; else send the raw path."""
+        template = exchange.template
+        url_map = exchange.url_map
         if url_map is None:
             url_map = self.url_map
         if template is _MISSING:
@@ -172,6 +175,8 @@ class _Exchange:
     failed = False
     body: Iterable[bytes] = ()
     contexts: list[Any] | None = None  # what Flask handed over before popping its contexts
+    template: Any = _MISSING  # Flask's rule string, None when Flask matched none
+    url_map: Any = None  # the Flask app's map, only when Flask matched no rule
 
     def __init__(
         self,
@@ -201,6 +206,24 @@ class _Exchange:
         if exc_info is None:
             return self.server_start_response(status, headers)
         return self.server_start_response(status, headers, exc_info)
+
+    def take_rule(self) -> None:
+        """Read the template from Flask's contexts, then let go of them.
+
+        Called as soon as the app returns: the contexts (request, session, `g`) are freed
+        before the body is sent instead of living on until `close()`.
+        """
+        contexts = self.contexts
+        if not contexts:
+            return
+        try:
+            try:
+                # Flask hands over the app context, then the request context.
+                self.template = contexts[-1].request.url_rule.rule
+            except Exception:  # no rule matched (or another Flask layout)
+                self.template, self.url_map = _flask_unmatched(contexts)
+        finally:
+            contexts.clear()  # the request context references the environ: no cycle left
 
     def watch_file(self, body: Any) -> None:
         """Keep the server's `sendfile` path: time the transfer through the object's own close."""
@@ -257,22 +280,15 @@ class _Exchange:
                 status = int(self.status[:3])
             else:
                 status = _CLIENT_GONE
-            template: Any = _MISSING
-            url_map = None
-            contexts = self.contexts
-            if contexts:
-                try:
-                    # Flask hands over the app context, then the request context.
-                    template = contexts[-1].request.url_rule.rule
-                except Exception:  # no rule matched (or another Flask layout)
-                    template, url_map = _flask_unmatched(contexts)
-                contexts.clear()  # the request context references the environ: no cycle left
+            if self.contexts:  # the app raised, or Flask ran only while the body was iterated
+                self.take_rule()
+            template = self.template
             if template.__class__ is str:
                 self.middleware.telemetry._record_request(
                     self.method, status, (end - self.start) * 1000.0, template, self.path, None
                 )
             else:
-                self.middleware._record_unmatched(self, environ, template, url_map, status, end)
+                self.middleware._record_unmatched(self, environ, status, end)
         except Exception:
             pass
 

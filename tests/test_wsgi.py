@@ -218,6 +218,55 @@ def test_flask_app_behind_other_middleware_still_gives_its_rule(
     ]
 
 
+def test_flask_contexts_are_let_go_when_the_app_returns(
+    telemetry: Telemetry, capture: CaptureServer
+) -> None:
+    """The rule is read at once: Flask's request is not kept alive while the body streams."""
+    import gc
+    import weakref
+
+    from flask import request
+
+    app = Flask("contexts")
+    requests: list[weakref.ref[Any]] = []
+
+    @app.get("/reports/<int:report_id>")
+    def report(report_id: int) -> Response:
+        requests.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        return Response(iter([b"a", b"b"]))
+
+    app.wsgi_app = WSGITelemetryMiddleware(app.wsgi_app, telemetry=telemetry)  # type: ignore[method-assign]
+    body = app(environ_for("/reports/424242"), Server().start_response)
+    gc.collect()
+    assert requests[0]() is None  # nothing of ours holds the request before the body is read
+    assert b"".join(body) == b"ab"
+    body.close()  # type: ignore[attr-defined]
+    assert [triple(e) for e in recorded(telemetry, capture, 1)] == [
+        ("GET", "/reports/{report_id}", 200)
+    ]
+
+
+def test_flask_called_only_while_the_body_is_iterated_still_gives_its_rule(
+    example: ModuleType, telemetry: Telemetry, capture: CaptureServer
+) -> None:
+    """A wrapper that defers the app until iteration: the rule arrives after the call returns."""
+    flask_app = example.create_app(None)
+
+    def deferred(environ: Environ, start_response: Any) -> Iterator[bytes]:
+        body = flask_app.wsgi_app(environ, start_response)
+        try:
+            yield from body
+        finally:
+            getattr(body, "close", lambda: None)()
+
+    middleware = WSGITelemetryMiddleware(deferred, telemetry=telemetry)
+    status, _, chunks = run_wsgi(middleware, environ_for("/api/users/424242"))
+    assert status.startswith("200") and chunks
+    assert [triple(e) for e in recorded(telemetry, capture, 1)] == [
+        ("GET", "/api/users/{user_id}", 200)
+    ]
+
+
 # -- a plain Werkzeug app with a Map --
 
 URL_MAP = Map(
