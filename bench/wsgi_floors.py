@@ -1,4 +1,4 @@
-"""How cheap can a close()-timed WSGI wrapper be? Two minimal shapes against bare Flask.
+"""How cheap can a close()-timed WSGI wrapper be? Minimal shapes against bare Flask.
 
     .venv/bin/python bench/wsgi_floors.py
 
@@ -6,6 +6,11 @@ Both floors only note the status and time the response until `close()`, then app
 a deque: no template, no 500 on iteration errors, no event. One wraps the body in a small
 class, the other in a generator whose `finally` does the work. They bound from below what
 any WSGI middleware with the documented timing can cost on this machine.
+
+Two smaller pieces show where a floor's cost comes from: a bare pass-through layer (what
+`telemetry off` costs), and a layer that only keeps one small record per request in a
+bounded deque, with no status and no timing to `close()`. The rest of a floor is the
+`start_response` wrapper and the object that waits for `close()`.
 """
 
 from __future__ import annotations
@@ -58,6 +63,25 @@ def _noting_status(start_response: Callable[..., Any], status: list[str]) -> Cal
     return capture
 
 
+def pass_through(app: WSGIApp) -> WSGIApp:
+    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return app(environ, start_response)
+
+    return middleware
+
+
+def record_only(app: WSGIApp) -> WSGIApp:
+    """Keep `(path, start, wall clock)` per request; nothing about the response."""
+
+    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start = time.perf_counter()
+        body = app(environ, start_response)
+        sink.append((environ.get("PATH_INFO"), start, time.time()))
+        return body
+
+    return middleware
+
+
 def class_floor(app: WSGIApp) -> WSGIApp:
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start = time.perf_counter()
@@ -94,6 +118,8 @@ def main(rounds: int = 150, calls: int = 90) -> None:
     bare: WSGIApp = flask_app.wsgi_app
     variants = {
         "bare": bare,
+        "pass-through": pass_through(bare),
+        "record only": record_only(bare),
         "class floor": class_floor(bare),
         "generator floor": generator_floor(bare),
     }
