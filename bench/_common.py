@@ -118,19 +118,3 @@ def bench_telemetry(host: str) -> Any:
         flush_interval=3600.0,
         max_queue_size=1_000_000,
     )
-
-
-def otel_tracing() -> str:
-    """Install OpenTelemetry's SDK tracer provider when the SDK is present; describe the setup.
-
-    With the SDK, spans are really created and ended (no exporter), as in an instrumented app;
-    without it the API hands out no-op spans and the row understates OpenTelemetry's cost.
-    """
-    try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import TracerProvider
-    except ImportError:
-        return "API only, no-op tracer"
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-    return "SDK tracer, no exporter"
