@@ -66,7 +66,12 @@ class Emitter:
 
     def _reset(self) -> None:
         """Fresh state: at construction, and in a forked child (the parent keeps its events)."""
-        self._queue: deque[Record | _Marker] = deque()
+        # One deque for the emitter's life (emptied in a forked child): `fast_lane` hands it out.
+        queue: deque[Record | _Marker] | None = getattr(self, "_queue", None)
+        if queue is None:
+            queue = deque()
+        queue.clear()
+        self._queue: deque[Record | _Marker] = queue
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._take_lock = threading.Lock()  # the worker taking records vs. an exit hand-off
@@ -75,6 +80,7 @@ class Emitter:
         self._thread: threading.Thread | None = None
         self._started = False
         self._closed = False
+        self.accepting = False  # started and not closed: what `fast_lane` users check
         self._stopping = False
         self.dropped = 0
         self.sent = 0
@@ -94,6 +100,15 @@ class Emitter:
         elif size == BATCH_SIZE:
             self._wake.set()
 
+    def fast_lane(self) -> tuple[deque[Record | _Marker], int]:
+        """The queue and the length below which a caller may append to it directly.
+
+        For hot paths that inline `put`: while `accepting` is true and the queue is shorter
+        than that length, `queue.append(record)` is exactly what `put` would do; otherwise
+        call `put`, which starts the worker, wakes it for a full batch, or counts a drop.
+        """
+        return self._queue, min(BATCH_SIZE, self._max)
+
     def put_first(self, record: Record) -> None:
         """Queue ahead of everything else (the `new_installation` event)."""
         self._queue.appendleft(record)
@@ -109,8 +124,10 @@ class Emitter:
                 )
                 thread.start()
                 self._thread = thread
+                self.accepting = True
             except Exception:  # e.g. interpreter shutting down: give up quietly
                 self._closed = True
+                self.accepting = False
                 return
             if not self._atexit_registered:
                 self._atexit_registered = True
@@ -148,6 +165,7 @@ class Emitter:
         if self._closed:
             return
         self._closed = True
+        self.accepting = False
         self._stopping = True
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -183,6 +201,7 @@ class Emitter:
             except Exception:
                 return False
             self._closed = True
+            self.accepting = False
             self.sent += self._clear()  # the records are in other hands now
             return True
         finally:
@@ -290,6 +309,7 @@ class Emitter:
     def _give_up(self) -> None:
         """Stop for the rest of the process: drop what is queued and accept nothing more."""
         self._closed = True
+        self.accepting = False
         self.dropped += self._clear()
 
     def _clear(self) -> int:

@@ -142,6 +142,7 @@ class Telemetry:
 
             return record_nothing
         put = emitter.put
+        queue, room = emitter.fast_lane()
         now = time.time
 
         def record(
@@ -152,14 +153,17 @@ class Telemetry:
             raw_path: str | None = None,
             static_segments: frozenset[str] | None = None,
         ) -> None:
-            put(
-                (
-                    API_REQUEST,
-                    now(),
-                    REQUEST,
-                    (method, status_code, duration_ms, template, raw_path, static_segments),
-                )
+            item = (
+                API_REQUEST,
+                now(),
+                REQUEST,
+                (method, status_code, duration_ms, template, raw_path, static_segments),
             )
+            # `put` inlined for the common case (worker running, queue short): one call less.
+            if len(queue) < room and emitter.accepting:
+                queue.append(item)
+            else:
+                put(item)
 
         return record
 

@@ -105,13 +105,19 @@ def test_capture_never_raises_on_bad_input(telemetry: Telemetry, capture: Captur
     assert names == {"fine2"}
 
 
-def test_full_queue_drops_and_counts_without_blocking(home: Path, capture: CaptureServer) -> None:
+@pytest.mark.parametrize("kind", ["capture", "request"])
+def test_full_queue_drops_and_counts_without_blocking(
+    home: Path, capture: CaptureServer, kind: str
+) -> None:
     t = Telemetry(
         "visivo", "1.0", api_key="k", host=capture.url, max_queue_size=10, flush_interval=60
     )
     start = time.perf_counter()
     for _ in range(1000):
-        t.capture("e")
+        if kind == "capture":
+            t.capture("e")
+        else:  # the middlewares' recorder, which appends to the queue itself while it has room
+            t._record_request("GET", 200, 1.0, "/items/{item_id}")
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0
     assert t.dropped_events >= 989  # new_installation may take one slot
@@ -119,6 +125,19 @@ def test_full_queue_drops_and_counts_without_blocking(home: Path, capture: Captu
     assert t.flush(5)
     assert len(capture.events) <= 11
     t.shutdown(1)
+
+
+def test_request_records_after_shutdown_are_counted_not_queued(
+    home: Path, capture: CaptureServer
+) -> None:
+    t = Telemetry("visivo", "1.0", api_key="k", host=capture.url, flush_interval=60)
+    t._record_request("GET", 200, 1.0, "/items/{item_id}")
+    assert t.flush(5)
+    t.shutdown(1)
+    before = t.dropped_events
+    t._record_request("GET", 200, 1.0, "/items/{item_id}")
+    assert t.dropped_events == before + 1
+    assert [e["event"] for e in capture.events].count("api_request") == 1
 
 
 def test_flush_and_shutdown_return_within_their_timeout_with_a_hanging_host(home: Path) -> None:
@@ -273,6 +292,7 @@ def test_fork_parent_and_child_both_deliver(home: Path, capture: CaptureServer) 
         pid = os.fork()
         if pid == 0:
             t.capture("in_child")
+            t._record_request("GET", 200, 1.0, "/child/{id}")  # recorder made before the fork
             ok = t.flush(5)
             os._exit(0 if ok else 3)
         t.capture("in_parent")
@@ -283,8 +303,8 @@ def test_fork_parent_and_child_both_deliver(home: Path, capture: CaptureServer) 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0"
-    names = sorted(e["event"] for e in capture.wait_for(4))
-    assert names == ["before_fork", "in_child", "in_parent", "new_installation"]
+    names = sorted(e["event"] for e in capture.wait_for(5))
+    assert names == ["api_request", "before_fork", "in_child", "in_parent", "new_installation"]
 
 
 def test_exit_hands_pending_events_to_a_detached_sender(home: Path, capture: CaptureServer) -> None:
