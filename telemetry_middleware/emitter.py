@@ -109,6 +109,11 @@ class Emitter:
         """
         return self._queue, min(BATCH_SIZE, self._max)
 
+    def _close(self) -> None:
+        """Accept nothing more, on the slow path (`put`) and on the fast lane alike."""
+        self._closed = True
+        self.accepting = False
+
     def put_first(self, record: Record) -> None:
         """Queue ahead of everything else (the `new_installation` event)."""
         self._queue.appendleft(record)
@@ -126,8 +131,7 @@ class Emitter:
                 self._thread = thread
                 self.accepting = True
             except Exception:  # e.g. interpreter shutting down: give up quietly
-                self._closed = True
-                self.accepting = False
+                self._close()
                 return
             if not self._atexit_registered:
                 self._atexit_registered = True
@@ -164,8 +168,7 @@ class Emitter:
         """
         if self._closed:
             return
-        self._closed = True
-        self.accepting = False
+        self._close()
         self._stopping = True
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -200,8 +203,7 @@ class Emitter:
                     return False
             except Exception:
                 return False
-            self._closed = True
-            self.accepting = False
+            self._close()
             self.sent += self._clear()  # the records are in other hands now
             return True
         finally:
@@ -308,8 +310,7 @@ class Emitter:
 
     def _give_up(self) -> None:
         """Stop for the rest of the process: drop what is queued and accept nothing more."""
-        self._closed = True
-        self.accepting = False
+        self._close()
         self.dropped += self._clear()
 
     def _clear(self) -> int:

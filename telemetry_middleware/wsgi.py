@@ -16,10 +16,10 @@ Where the template comes from, cheapest first:
   Flask is loaded, the middleware puts a fresh list's `append` there (chaining to a callable
   already present), reads `request.url_rule.rule` as soon as the app returns, then empties the
   list, so Flask's contexts are freed before the body is sent and no reference cycle outlives
-  the request. Cost: one list and one dict entry, no Python
-  call, no matching, nothing registered on the app; and it finds a Flask app behind other
-  middleware too. A 405 re-matches once with an allowed method through the context's own URL
-  adapter, so the event keeps the route's template (405s only).
+  the request. Cost: one list and one dict entry, no Python call, no matching, nothing
+  registered on the app; and it finds a Flask app behind other middleware too. A 405
+  re-matches once with an allowed method through the context's own URL adapter, so the event
+  keeps the route's template (405s only).
 * Any other framework may put the matched rule string in `environ[RULE_KEY]` (None: no match).
 * A plain Werkzeug app: its `Map` (passed as `url_map=`, or found as `url_map` on the wrapped
   object or on the owner of a bound `wsgi_app` method) is matched once, at the end of the
@@ -213,9 +213,7 @@ class _Exchange:
         Called as soon as the app returns: the contexts (request, session, `g`) are freed
         before the body is sent instead of living on until `close()`.
         """
-        contexts = self.contexts
-        if not contexts:
-            return
+        contexts = self.contexts or []
         try:
             try:
                 # Flask hands over the app context, then the request context.
