@@ -41,7 +41,12 @@ def _status(app: str, project_dir: str | None) -> int:
     print(f"telemetry for {app}: {'enabled' if resolved.enabled else 'disabled'}")
     print(f"  why: {resolved.reason}")
     machine_id = "none yet (created on first enabled use)"
-    if resolved.config_dir is not None:
+    from .ci import ci_vendor
+
+    vendor = ci_vendor(os.environ)
+    if vendor is not None:
+        machine_id = f"ci-<new for each process> (CI detected: {vendor}; no id file is used)"
+    elif resolved.config_dir is not None:
         try:
             from .identity import MACHINE_ID_FILE, read_machine_id
 

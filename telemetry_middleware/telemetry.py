@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class Telemetry:
             app_name, project_dir=project_dir, api_key=api_key, host=host, environ=environ
         )
         self.session_id = new_session_id()
+        _new_session_in_forked_children(self)
         self._project_salt = project_salt
         self.project_hash = (
             project_hash(app_name, project_name, project_salt) if project_name else None
@@ -264,3 +266,17 @@ class Telemetry:
                 self._emitter.shutdown(timeout)
             except Exception:
                 pass
+
+
+def _new_session_in_forked_children(telemetry: Telemetry) -> None:
+    """A session is one process: a forked worker (gunicorn --preload) starts its own."""
+    from .identity import new_session_id
+
+    ref = weakref.ref(telemetry)
+
+    def renew() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.session_id = new_session_id()
+
+    os.register_at_fork(after_in_child=renew)

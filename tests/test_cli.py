@@ -83,6 +83,14 @@ def test_status_shows_the_machine_id_once_it_exists(home: Path) -> None:
     assert "none yet" not in result.stdout
 
 
+def test_status_in_ci_shows_the_per_process_id_events_carry(home: Path) -> None:
+    machine = load_machine_id(home / ".visivo", is_ci=False)  # a stored id exists, unused in CI
+    result = cli(home, "status", "--app", "visivo", CI="true", GITHUB_ACTIONS="true")
+    assert result.returncode == 0, result.stderr
+    assert "machine id: ci-<new for each process> (CI detected: GitHub Actions" in result.stdout
+    assert machine.value not in result.stdout
+
+
 @pytest.mark.parametrize(
     ("variable", "value"), [("VISIVO_TELEMETRY_DISABLED", "1"), ("DO_NOT_TRACK", "true")]
 )

@@ -289,8 +289,10 @@ def test_fork_parent_and_child_both_deliver(home: Path, capture: CaptureServer) 
         t = Telemetry("visivo", "1.0", api_key="k", host={capture.url!r}, flush_interval=0.05)
         t.capture("before_fork")
         assert t.flush(5)
+        parent_session = t.session_id
         pid = os.fork()
         if pid == 0:
+            assert t.session_id != parent_session  # a session is one process
             t.capture("in_child")
             t._record_request("GET", 200, 1.0, "/child/{id}")  # recorder made before the fork
             ok = t.flush(5)
@@ -303,8 +305,12 @@ def test_fork_parent_and_child_both_deliver(home: Path, capture: CaptureServer) 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0"
-    names = sorted(e["event"] for e in capture.wait_for(5))
+    events = capture.wait_for(5)
+    names = sorted(e["event"] for e in events)
     assert names == ["api_request", "before_fork", "in_child", "in_parent", "new_installation"]
+    session = {e["event"]: e["properties"]["session_id"] for e in events}
+    assert session["in_child"] == session["api_request"]
+    assert session["in_parent"] == session["before_fork"] != session["in_child"]
 
 
 def test_exit_hands_pending_events_to_a_detached_sender(home: Path, capture: CaptureServer) -> None:
