@@ -8,8 +8,9 @@ call; each call runs `app(environ, start_response)`, iterates the body and close
 server does. All variants run interleaved in the same rounds, each on its own Flask app:
 
 * bare Flask;
-* a floor: the least a close-timed middleware can do (status, duration at `close()`, a deque
-  append; no template, no 500 on errors raised while iterating), for scale;
+* a floor: the least a close-timed middleware can do (`wsgi_floors.class_floor`: status,
+  duration at `close()`, a deque append; no template, no 500 on errors raised while iterating),
+  for scale;
 * `WSGITelemetryMiddleware` with telemetry enabled, and with telemetry off (a pass-through);
 * OpenTelemetry's `OpenTelemetryMiddleware` (with the SDK's tracer provider when the SDK is
   installed, else the API's no-op tracer, as the table says).
@@ -34,8 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from _common import bench_telemetry  # noqa: E402
+from wsgi_floors import class_floor, make_app  # noqa: E402
 
 ROUNDS = 200
 CALLS_PER_ROUND = 90  # below the emitter's batch size (100): the worker stays asleep
@@ -53,61 +54,6 @@ BARE = "bare Flask"
 OURS = "WSGITelemetryMiddleware"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def _make_flask_app() -> Any:
-    from flask import Flask
-
-    app = Flask("bench")
-
-    @app.get("/users/<int:user_id>")
-    def user(user_id: int) -> dict[str, int]:
-        return {"user_id": user_id}
-
-    return app
-
-
-class FloorMiddleware:
-    """The least a close-timed WSGI middleware can do, for scale: no template, no 500s.
-
-    Status from `start_response`, the app's iterable passed on as it is, a duration taken at
-    `close()`, a deque append. Anything that also catches errors raised while iterating and
-    captures the template costs more.
-    """
-
-    def __init__(self, app: WSGIApp) -> None:
-        self.app = app
-        self.sink: deque[tuple[str, float]] = deque(maxlen=10_000)
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        start = time.perf_counter()
-        status: list[str] = []
-
-        def capture(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            status.append(line)
-            if exc_info is None:
-                return start_response(line, headers)
-            return start_response(line, headers, exc_info)
-
-        return _FloorBody(self.app(environ, capture), self.sink, start, status)
-
-
-class _FloorBody:
-    __slots__ = ("body", "sink", "start", "status")
-
-    def __init__(
-        self, body: Iterable[bytes], sink: deque[tuple[str, float]], start: float, status: list[str]
-    ) -> None:
-        self.body, self.sink, self.start, self.status = body, sink, start, status
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        close = getattr(self.body, "close", None)
-        if close is not None:
-            close()
-        self.sink.append((self.status[-1], time.perf_counter() - self.start))
 
 
 def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -142,7 +88,7 @@ def _otel_variant() -> tuple[Any, str]:
         label = "OpenTelemetry WSGI (SDK tracer, no exporter)"
     except ImportError:
         pass
-    app = _make_flask_app()
+    app = make_app()
     app.wsgi_app = OpenTelemetryMiddleware(app.wsgi_app)
     return app, label
 
@@ -165,14 +111,14 @@ def run(rounds: int = ROUNDS, calls: int = CALLS_PER_ROUND) -> list[dict[str, An
     disabled = Telemetry("visivo", "1.4.0", api_key="phc_bench", environ={"DO_NOT_TRACK": "1"})
     telemetry = bench_telemetry(capture.url)
     try:
-        bare = _make_flask_app()
-        ours = _make_flask_app()
+        bare = make_app()
+        ours = make_app()
         ours.wsgi_app = WSGITelemetryMiddleware(ours.wsgi_app, telemetry=telemetry)
-        off = _make_flask_app()
+        off = make_app()
         off.wsgi_app = WSGITelemetryMiddleware(off.wsgi_app, telemetry=disabled)
         otel, otel_label = _otel_variant()
-        floor = _make_flask_app()
-        floor.wsgi_app = FloorMiddleware(floor.wsgi_app)
+        floor = make_app()
+        floor.wsgi_app = class_floor(floor.wsgi_app)
         variants: list[tuple[str, WSGIApp]] = [
             (BARE, bare),
             ("floor: status + close-time duration only", floor),

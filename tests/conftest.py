@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,25 +37,46 @@ METADATA_KEYS = frozenset(
 PRIVACY_KEYS = frozenset({"$geoip_disable", "$ip"})
 COMMON_KEYS = METADATA_KEYS | PRIVACY_KEYS
 
+# The command line of the spec's sanitization example (spec/telemetry.md).
+SPEC_ARGV = [
+    "visivo",
+    "run",
+    "--dag-filter",
+    "+my_chart+",
+    "--threads",
+    "4",
+    "--output-dir",
+    "/home/user/output",
+]
 
-def shared_telemetry(home: Path) -> tuple[Telemetry, CaptureServer]:
-    """A capture endpoint and a Telemetry sending to it, for module-scoped fixtures.
 
-    The environment is passed explicitly, so nothing has to patch `os.environ`.
-    Stop both with `telemetry.shutdown(1.0)` and `capture.stop()`.
-    """
-    capture = CaptureServer().start()
-    telemetry = Telemetry(
+def visivo_telemetry(project_dir: Path, host: str, **options: Any) -> Telemetry:
+    """An enabled Telemetry for app `visivo` (project "my-project") sending to `host`."""
+    return Telemetry(
         "visivo",
         "1.4.0",
         project_name="my-project",
-        project_dir=home,
+        project_dir=project_dir,
         api_key="phc_test",
-        host=capture.url,
+        host=host,
         flush_interval=0.05,
-        environ={"HOME": str(home), "CI": "false"},
+        **options,
     )
-    return telemetry, capture
+
+
+@contextmanager
+def shared_telemetry(home: Path) -> Iterator[tuple[Telemetry, CaptureServer]]:
+    """A capture endpoint and a Telemetry sending to it, for module-scoped fixtures.
+
+    The environment is passed explicitly, so nothing has to patch `os.environ`.
+    """
+    capture = CaptureServer().start()
+    telemetry = visivo_telemetry(home, capture.url, environ={"HOME": str(home), "CI": "false"})
+    try:
+        yield telemetry, capture
+    finally:
+        telemetry.shutdown(1.0)
+        capture.stop()
 
 
 @pytest.fixture
@@ -84,15 +107,7 @@ def telemetry(home: Path, capture: CaptureServer, tmp_path: Path) -> Iterator[Te
     """An enabled Telemetry for app `visivo` sending to the capture endpoint."""
     project = tmp_path / "project"
     project.mkdir()
-    t = Telemetry(
-        "visivo",
-        "1.4.0",
-        project_name="my-project",
-        project_dir=project,
-        api_key="phc_test",
-        host=capture.url,
-        flush_interval=0.05,
-    )
+    t = visivo_telemetry(project, capture.url)
     try:
         yield t
     finally:

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from conftest import SPEC_ARGV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,17 +56,7 @@ class _Sneaky(str):
 
 
 def test_spec_example_exactly() -> None:
-    argv = [
-        "visivo",
-        "run",
-        "--dag-filter",
-        "+my_chart+",
-        "--threads",
-        "4",
-        "--output-dir",
-        "/home/user/output",
-    ]
-    assert sanitize_command(argv) == (
+    assert sanitize_command(SPEC_ARGV) == (
         "run",
         ["--dag-filter", VALUE, "--threads", VALUE, "--output-dir", PATH],
     )

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import COMMON_KEYS, PYTHON, shared_telemetry, subprocess_env
+from conftest import COMMON_KEYS, PYTHON, SPEC_ARGV, shared_telemetry, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,16 +26,6 @@ from telemetry_middleware.capture_server import CaptureServer, decode_body, even
 from telemetry_middleware.command import CommandTracker, current_command, track
 from telemetry_middleware.identity import project_hash
 
-SPEC_ARGV = [
-    "visivo",
-    "run",
-    "--dag-filter",
-    "+my_chart+",
-    "--threads",
-    "4",
-    "--output-dir",
-    "/home/user/output",
-]
 SPEC_ARGS = ["--dag-filter", VALUE, "--threads", VALUE, "--output-dir", PATH]
 
 CLI_KEYS = {"command", "command_args", "duration_ms", "success"}
@@ -83,12 +73,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     The environment is passed explicitly, so no fixture has to patch `os.environ`.
     """
     home = tmp_path_factory.mktemp("shared-home")
-    telemetry, capture = shared_telemetry(home)
-    try:
+    with shared_telemetry(home) as (telemetry, capture):
         yield Endpoint(telemetry, capture)
-    finally:
-        telemetry.shutdown(1.0)
-        capture.stop()
 
 
 @pytest.fixture

@@ -80,12 +80,8 @@ class Endpoint:
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     home = tmp_path_factory.mktemp("transparency-home")
-    telemetry, capture = shared_telemetry(home)
-    try:
+    with shared_telemetry(home) as (telemetry, capture):
         yield Endpoint(telemetry, capture)
-    finally:
-        telemetry.shutdown(1.0)
-        capture.stop()
 
 
 @pytest.fixture
